@@ -132,7 +132,7 @@ class ECBSR(nn.Module):
         layers = cfg.layer_channels
         acts = [cfg.act_type] * (len(layers) - 1) + ["linear"]
         self.backbone = nn.Sequential(*[
-            ECB(i, o, cfg.depth_multiplier, act, cfg.with_idt) for (i, o), act in zip(layers, acts)
+            ECB(i, o, cfg.depth_multiplier, act, cfg.with_idt) for (i, o), act in zip(layers, acts, strict=False)
         ])
         self.upsampler = nn.PixelShuffle(cfg.scale)
 
@@ -166,7 +166,7 @@ class PlainSR(nn.Module):
         self.cfg = cfg
         layers = cfg.layer_channels
         acts = [cfg.act_type] * (len(layers) - 1) + ["linear"]
-        self.backbone = nn.Sequential(*[Conv3X3(i, o, a) for (i, o), a in zip(layers, acts)])
+        self.backbone = nn.Sequential(*[Conv3X3(i, o, a) for (i, o), a in zip(layers, acts, strict=False)])
         self.upsampler = nn.PixelShuffle(cfg.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +178,7 @@ def fuse(model: ECBSR) -> PlainSR:
     ref = next(model.parameters())
     plain = PlainSR(model.cfg).to(dtype=ref.dtype)
     with torch.no_grad():
-        for block, layer in zip(model.backbone, plain.backbone):
+        for block, layer in zip(model.backbone, plain.backbone, strict=False):
             weight, bias = block.fused()
             layer.conv3x3.weight.copy_(weight)
             layer.conv3x3.bias.copy_(bias)

@@ -191,9 +191,9 @@ def _infer(sd: dict, path: Path, fused: bool) -> dict:
 
 
 def _expected_keys(cfg: ModelConfig, fused: bool) -> dict:
-    from .arch import ECBSR, PlainSR
-
     import torch
+
+    from .arch import ECBSR, PlainSR
 
     with torch.device("meta"):
         model = (PlainSR if fused else ECBSR)(cfg)

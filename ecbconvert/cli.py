@@ -15,7 +15,6 @@ import click
 from . import __version__
 from .config import ACTIVATIONS
 from .errors import EcbError
-from .tables import table
 
 DEFAULT_TFLITE_SIZE = (270, 480)
 
@@ -360,3 +359,34 @@ def eval_cmd(models, images_dir, scale, threads, json_path, save_dir, **lk):
                              threads=threads, save_dir=save_dir, load_kwargs=load_kwargs(**lk))
     click.echo(text)
     write_json(json_path, [r.to_dict() for r in results])
+
+
+@main.command()
+@click.argument("models", type=EXISTING_FILE, nargs=-1, required=True)
+@click.option("--threads", type=THREADS, default="1", show_default=True, help="Thread counts, e.g. 1,2,4.")
+@click.option("--input-size", type=SIZE, default=None, help="LR input HxW (default: the file's own, else 270x480).")
+@click.option("--warmup", type=click.IntRange(0), default=3, show_default=True, help="Untimed runs first.")
+@click.option("--min-time", type=float, default=2.0, show_default=True, callback=_positive,
+              help="Seconds of timed runs per row, at least.")
+@click.option("--runs", type=click.IntRange(1), default=10, show_default=True, help="Timed runs per row, at least.")
+@click.option("--no-xnnpack", is_flag=True, help="TFLite: LiteRT's built-in kernels instead of XNNPACK.")
+@click.option("--profile", is_flag=True, help="Per-op-type times (ONNX Runtime) and op placement (LiteRT).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write records as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Write records as CSV.")
+@handle_errors
+def bench(models, threads, input_size, warmup, min_time, runs, no_xnnpack, profile, json_path, csv_path):
+    """Latency of checkpoints (trained and fused PyTorch), .onnx and .tflite files, side by side."""
+    from .atomic import check_output_path
+    from .bench import machine, render, run_bench, write_csv
+
+    for p in (json_path, csv_path):
+        if p is not None:
+            check_output_path(p)
+    with click.progressbar(length=0, label="benchmarking", file=sys.stderr, show_pos=True) as bar:
+        records = run_bench(list(models), threads=threads, size=input_size, warmup=warmup, min_time=min_time,
+                            min_runs=runs, xnnpack=not no_xnnpack, profile=profile, tick=lambda: bar.update(1))
+    info = machine()
+    click.echo(render(records, info))
+    write_json(json_path, {"machine": info, "records": [r.to_dict() for r in records]})
+    if csv_path is not None:
+        write_csv(csv_path, records)

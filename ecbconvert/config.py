@@ -76,11 +76,11 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         return cls(**known)
 
-    def with_overrides(self, **kw) -> "ModelConfig":
+    def with_overrides(self, **kw) -> ModelConfig:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
 

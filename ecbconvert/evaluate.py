@@ -117,11 +117,13 @@ def save_crops(folder, pairs, scale: int, runners, outputs, crop: int = 96) -> N
         h, w = pair.hr.shape[:2]
         c = min(crop * scale, h, w)
         y0, x0 = (h - c) // 2 // scale * scale, (w - c) // 2 // scale * scale
-        cut = lambda img: img[y0 : y0 + c, x0 : x0 + c]  # noqa: E731
+        def cut(img, y0=y0, x0=x0, c=c):
+            return img[y0 : y0 + c, x0 : x0 + c]
+
         near = np.kron(pair.lr, np.ones((scale, scale))) if pair.lr.ndim == 2 else \
             pair.lr.repeat(scale, 0).repeat(scale, 1)
         panels = [cut(near), cut(images.bicubic_upscale(pair.lr, scale))]
         panels += [cut(o[pair.name]) for o in outputs] + [cut(pair.hr)]
         strip = np.clip(np.concatenate(panels, axis=1), 0, 255).round().astype(np.uint8)
         out = folder / f"{Path(pair.name).stem}_x{scale}.png"
-        atomic.write_with(out, lambda tmp: Image.fromarray(strip).save(tmp, format="PNG"))
+        atomic.write_with(out, lambda tmp, strip=strip: Image.fromarray(strip).save(tmp, format="PNG"))

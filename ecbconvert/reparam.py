@@ -57,7 +57,7 @@ def identity(channels: int, k: int = 3, *, dtype=torch.float32, device=None) -> 
 
 def add(*pairs: Pair) -> Pair:
     """Parallel branches with the same padding, summed: kernels add and biases add."""
-    weights, biases = zip(*pairs)
+    weights, biases = zip(*pairs, strict=False)
     return torch.stack(weights).sum(0), torch.stack(biases).sum(0)
 
 

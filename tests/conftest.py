@@ -43,7 +43,7 @@ def layout_state(model: ECBSR, layout: str) -> object:
         for k, v in sd.items():
             d, rest = k.split(".", 2)[1], k.split(".", 2)[2]
             d = int(d)
-            name = "head.0" if d == 0 else f"tail.0" if d == n - 1 else f"body.{d - 1}"
+            name = "head.0" if d == 0 else "tail.0" if d == n - 1 else f"body.{d - 1}"
             out[f"{name}.{rest}"] = v
         return out
     if layout == "basicsr_params":

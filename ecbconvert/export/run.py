@@ -46,9 +46,9 @@ def reference_runner(loaded: Loaded) -> TorchRunner:
 
 def export_onnx(loaded: Loaded, out: Path, *, opset: int, input_size: tuple[int, int] | None,
                 check: bool = True, max_drop: float = 0.3, eval_dir=None) -> ExportResult:
+    import numpy as np
     import onnx
     import onnxruntime as ort
-    import numpy as np
 
     from .onnx import build_onnx, op_types, simplify
 
@@ -81,7 +81,7 @@ def export_tflite(loaded: Loaded, out: Path, *, quantize: str, io: str, size: tu
                   calib_dir: Path | None = None, calib_count: int = 64, calib_method: str = "minmax",
                   check: bool = True, max_drop: float = 0.3, eval_dir=None,
                   progress: Callable[[int], object] | None = None, tol=None) -> ExportResult:
-    from .. import calib, quant
+    from .. import calib
     from .tflite import convert, op_list
 
     if io != "float" and quantize != "int8":
@@ -90,10 +90,8 @@ def export_tflite(loaded: Loaded, out: Path, *, quantize: str, io: str, size: tu
     cfg = loaded.config
     layers = deploy_layers(cfg, loaded.fused_state_dict())
     notes: list[str] = []
-    calib_fn, ranges = None, None
+    patches = None
     if quantize in ("int8", "int16x8"):
-        if calib_count < 1:
-            raise UsageError("--calib-count must be ≥ 1")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             lrs = calib.lr_images(cfg, calib_dir)
@@ -101,21 +99,17 @@ def export_tflite(loaded: Loaded, out: Path, *, quantize: str, io: str, size: tu
         if calib_dir is not None:
             notes.append(f"calibrated on {len(lrs)} image(s) from {calib_dir} "
                          f"({'converted to Y' if cfg.colors == 1 else 'RGB'})")
-        bar = progress(calib_count * (2 if calib_method != "minmax" and quantize == "int8" else 1)) if progress else None
-        tick = (lambda: bar.update(1)) if bar is not None else None
-        if quantize == "int8" and calib_method != "minmax":
-            ranges = quant.activation_ranges(cfg, layers, list(calib.patches(cfg, lrs, count=calib_count, size=size,
-                                                                              on_item=tick)), method=calib_method)
-            notes.append(f"activation ranges set by {calib_method}")
-        calib_fn = lambda: calib.patches(cfg, lrs, count=calib_count, size=size, on_item=tick)  # noqa: E731
+        bar = progress(calib_count) if progress else None
         try:
-            data = convert(cfg, layers, quantize=quantize, io=io, size=size, calib=calib_fn, ranges=ranges,
-                           meta={**_provenance(loaded), "calib_method": calib_method, "calib_count": calib_count})
+            patches = list(calib.patches(cfg, lrs, count=calib_count, size=size,
+                                         on_item=(lambda: bar.update(1)) if bar is not None else None))
         finally:
             if bar is not None:
                 bar.__exit__(None, None, None)
-    else:
-        data = convert(cfg, layers, quantize=quantize, io=io, size=size, meta=_provenance(loaded))
+        if quantize == "int8":
+            notes.append(f"activation ranges: {calib_method} over {calib_count} calibration patches")
+    data = convert(cfg, layers, quantize=quantize, io=io, size=size, calib=patches, calib_method=calib_method,
+                   meta=_provenance(loaded))
     atomic.write_bytes(out, data)
     report = None
     if check:

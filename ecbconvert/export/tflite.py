@@ -7,16 +7,14 @@ converter's), which XNNPACK plans for; runners resize when asked for another siz
 
 Quantized files (DESIGN.md §5): PReLU is lowered to maximum(x, α·x) (every α ≤ 1) or
 minimum(x, α·x) (every α ≥ 1) so that XNNPACK runs the int8 graph; full-int8 activation ranges
-come from calibration on real LR images, set by the chosen method (quant.py) and pinned in the
-graph as fake-quant nodes, which the converter honours.
+come from calibration on real LR images, then are set by the chosen method (quant.py) between
+the converter's calibration and quantization steps.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import warnings
-from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -36,25 +34,33 @@ def _tf():
     return tf
 
 
-def prelu_lowering(alpha: np.ndarray) -> str:
-    """How a PReLU with slopes alpha becomes XNNPACK-friendly int8: 'max', 'min' or 'prelu'."""
-    if np.all(alpha <= 1.0):
-        return "max"
-    if np.all(alpha >= 1.0):
-        return "min"
-    return "prelu"
+def prelu_int8(tf, y, alpha: np.ndarray):
+    """PReLU written with ops XNNPACK runs in int8: α·y + (1-α)·relu(y), exactly.
 
-
-def build_tf_function(cfg: ModelConfig, layers: list[Layer], *, size: tuple[int, int], lower_prelu: bool,
-                      ranges: list[tuple[float, float]] | None = None, io_range: bool = False):
-    """A tf.function over [1, H, W, colors] float32.
-
-    ranges: per layer output (after activation) (min, max), pinned with fake-quant nodes;
-    io_range: pin input and output to [0, value_range] (exact uint8 pixel I/O, output clipped).
+    Each term is a 1x1 depthwise conv (per-channel int8 weights); relu((1-α)·y) = (1-α)·relu(y)
+    where 1-α ≥ 0, so the relu fuses into the depthwise conv. Channels with α > 1 get the
+    mirrored term, subtracted. XNNPACK takes none of the alternatives in int8 (LiteRT 2.3): not
+    PRELU, not MAXIMUM (for max(y, α·y)), not MUL by a per-channel constant.
     """
+
+    def dw(t, k, act=False):
+        out = tf.nn.depthwise_conv2d(t, tf.constant(k.reshape(1, 1, -1, 1).astype(np.float32)), [1, 1, 1, 1], "VALID")
+        return tf.nn.relu(out) if act else out
+
+    beta = 1.0 - alpha
+    out = dw(y, alpha)
+    if np.any(beta > 0):
+        out = out + dw(y, np.maximum(beta, 0.0), act=True)
+    if np.any(beta < 0):
+        out = out - dw(y, np.maximum(-beta, 0.0), act=True)
+    return out
+
+
+def build_tf_function(cfg: ModelConfig, layers: list[Layer], *, size: tuple[int, int], lower_prelu: bool):
+    """A tf.function over [1, H, W, colors] float32 returning {"sr": [1, sH, sW, colors]}."""
     tf = _tf()
     h, w = size
-    s, vr = cfg.scale, float(cfg.value_range)
+    s = cfg.scale
     consts = []
     for layer in layers:
         kernel = tf.constant(np.transpose(layer.weight, (2, 3, 1, 0)).astype(np.float32))  # HWIO
@@ -64,38 +70,23 @@ def build_tf_function(cfg: ModelConfig, layers: list[Layer], *, size: tuple[int,
         alpha = None if layer.alpha is None else tf.constant(layer.alpha.reshape(1, 1, -1).astype(np.float32))
         consts.append((kernel, bias, alpha, layer))
 
-    def fq(t, lo, hi):
-        return tf.quantization.fake_quant_with_min_max_args(t, min=float(lo), max=float(hi), num_bits=8)
-
     @tf.function(input_signature=[tf.TensorSpec([1, h, w, cfg.colors], tf.float32, name="lr")])
     def sr(x):
-        if io_range:
-            x = fq(x, 0.0, vr)
         y = x
-        for d, (kernel, bias, alpha, layer) in enumerate(consts):
+        for kernel, bias, alpha, layer in consts:
             y = tf.nn.bias_add(tf.nn.conv2d(y, kernel, 1, "SAME"), bias)
             if layer.act == "prelu":
-                mode = prelu_lowering(layer.alpha) if lower_prelu else "prelu"
-                if mode == "max":
-                    y = tf.maximum(y, y * alpha)
-                elif mode == "min":
-                    y = tf.minimum(y, y * alpha)
+                mode = "int8" if lower_prelu else "prelu"
+                if mode == "int8":
+                    y = prelu_int8(tf, y, layer.alpha)
                 else:  # relu(y) + (-α)·relu(-y): the pattern the converter fuses into one PRELU op
                     y = tf.nn.relu(y) + tf.nn.relu(-y) * (-alpha)
             elif layer.act in ("relu", "rrelu"):
                 y = tf.nn.relu(y)
             elif layer.act == "softplus":
                 y = tf.math.softplus(y)
-            if ranges is not None and d < len(layers) - 1:
-                y = fq(y, *ranges[d])
         res = x if cfg.colors == 1 else tf.tile(x, [1, 1, 1, s * s])
-        y = y + res
-        if ranges is not None and len(ranges) == len(layers):
-            y = fq(y, *ranges[-1])
-        y = tf.nn.depth_to_space(y, s)
-        if io_range:  # quantizing to [0, value_range] also clips the output to the pixel range
-            y = fq(y, 0.0, vr)
-        return {"sr": y}
+        return {"sr": tf.nn.depth_to_space(y + res, s)}
 
     return sr
 
@@ -107,49 +98,47 @@ def convert(
     quantize: str = "none",
     io: str = "float",
     size: tuple[int, int] = DEFAULT_SIZE,
-    calib: Callable[[], Iterable[np.ndarray]] | None = None,
-    ranges: list[tuple[float, float]] | None = None,
+    calib: list[np.ndarray] | None = None,
+    calib_method: str = "minmax",
     meta: dict | None = None,
 ) -> bytes:
-    """Convert to .tflite bytes. calib yields NHWC float32 LR patches at `size` (int8/int16x8)."""
+    """Convert to .tflite bytes. calib: NHWC float32 LR patches at `size` (int8 / int16x8)."""
+    from .. import quant
+
     tf = _tf()
     if quantize not in QUANTIZE_MODES:
         raise ValueError(quantize)
     has_prelu = any(layer.act == "prelu" for layer in layers)
     lower = quantize in ("int8", "int16x8") and has_prelu
-    if lower and any(prelu_lowering(layer.alpha) == "prelu" for layer in layers if layer.act == "prelu"):
-        warnings.warn("PReLU slopes on both sides of 1: kept as PRELU, which XNNPACK does not run in int8 "
-                      "(expect a slow file)", stacklevel=2)
-    fn = build_tf_function(cfg, layers, size=size, lower_prelu=lower,
-                           ranges=ranges if quantize == "int8" else None,
-                           io_range=quantize == "int8")
+    fn = build_tf_function(cfg, layers, size=size, lower_prelu=lower)
     holder = tf.Module()
     holder.sr = fn
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], holder)
+    if quantize in ("fp16", "dynamic", "int8", "int16x8"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "fp16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "dynamic":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif quantize in ("int8", "int16x8"):
-        if calib is None:
-            raise ValueError("calibration data needed")
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([x] for x in calib())
-        if quantize == "int8":
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            io_type = {"uint8": tf.uint8, "int8": tf.int8, "float": tf.float32}[io]
-            converter.inference_input_type = io_type
-            converter.inference_output_type = io_type
-        else:  # DEPTH_TO_SPACE has no int16 kernel: allow float fallback for it
+        if not calib:
+            raise ValueError("calibration patches needed")
+        converter.representative_dataset = lambda: ([x] for x in calib)
+    if quantize == "int8":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter._experimental_calibrate_only = True  # noqa: SLF001 - the documented two-step path
+        calibrated = quant.set_ranges(converter.convert(), calib, method=calib_method, value_range=cfg.value_range)
+        data = quant.quantize_calibrated(calibrated, io)
+    else:
+        if quantize == "int16x8":  # DEPTH_TO_SPACE has no int16 kernel: it falls back to float
             converter.target_spec.supported_ops = [
                 tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
                 tf.lite.OpsSet.TFLITE_BUILTINS,
             ]
-    data = converter.convert()
+        data = converter.convert()
     meta = dict(meta or {})
     meta.update(config=cfg.to_dict(), variant="fp32" if quantize == "none" else quantize, io=io,
                 input_size=list(size))
+    if quantize in ("int8", "int16x8"):
+        meta.update(calib_method=calib_method if quantize == "int8" else "minmax", calib_count=len(calib))
     return add_metadata(data, META_KEY, json.dumps(meta, sort_keys=True).encode())
 
 
