@@ -38,15 +38,21 @@ def atomic_path(path: Path) -> Iterator[Path]:
     file at path is left untouched.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    except OSError as e:
+        raise InputError(f"{path}: cannot write in {path.parent} ({e.strerror}); choose another output folder") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp_path, 0o644)
-        os.replace(tmp_path, path)
+        try:
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp_path, 0o644)
+            os.replace(tmp_path, path)
+        except OSError as e:
+            raise InputError(f"{path}: cannot write ({e.strerror})") from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()

@@ -119,6 +119,7 @@ def bench_one(path: Path, *, threads: int, size: tuple[int, int] | None, fused: 
     runner = open_runner(path, threads=threads, fused=fused, xnnpack=xnnpack)
     init_ms = (time.perf_counter() - t0) * 1e3
     h, w = resolve_size(runner, size)
+    runner.config.check_memory(h, w, bytes_per_value=4)
     x = np.random.default_rng(0).uniform(0, runner.config.value_range, (1, runner.config.colors, h, w))
     times, first_ms = time_runner(runner, x, warmup=warmup, min_time=min_time, min_runs=min_runs,
                                   init_ms=init_ms, tick=tick)
@@ -179,11 +180,12 @@ def run_bench(models: list[Path], *, threads: list[int], size: tuple[int, int] |
               tick: Callable[[], None] | None = None) -> list[Record]:
     """One record per (model, variant, threads); checkpoints give a trained and a fused row."""
     from .checkpoint import load
+    from .runtimes import model_kind
 
     plan: list[tuple[Path, bool | None]] = []
     for m in models:
         m = Path(m)
-        if m.suffix.lower() in (".onnx", ".tflite"):
+        if model_kind(m) != "checkpoint":
             plan.append((m, None))
         else:
             loaded = load(m)  # read once up front so that a bad file fails before any timing

@@ -81,7 +81,7 @@ def _torch_load(path: Path):
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        if "Weights only load failed" in msg or "Unsupported global" in msg or "Unsupported operand" in msg:
+        if "GLOBAL" in msg or "Unsupported global" in msg or "REDUCE" in msg:
             what = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
             detail = f" (it references {what.group(1)})" if what else ""
             raise InputError(f"{path}: refused: the file holds a pickle that would run code{detail}; "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -77,6 +78,8 @@ def handle_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so temporary files are removed.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             return fn(*args, **kwargs)
         except EcbError as e:
@@ -90,6 +93,10 @@ def handle_errors(fn):
             sys.exit(3)
 
     return wrapper
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def loader_options(fn):

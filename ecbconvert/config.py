@@ -72,6 +72,21 @@ class ModelConfig:
         """Multiply-accumulates of the fused network per megapixel of *output* (HR) image."""
         return self.macs_per_lr_pixel() * 1e6 / self.scale**2
 
+    def check_memory(self, h: int, w: int, *, bytes_per_value: int = 8, what: str = "--input-size") -> None:
+        """Refuse, before allocating, an LR size whose activations would not fit in free memory.
+
+        Estimate: the widest layer of the training graph (mid channels, float64 in the gates),
+        a few live buffers at once. Generous on purpose: failing early beats the OOM killer.
+        """
+        import psutil
+
+        widest = max(self.mid_channels, self.channel_nums, self.colors * self.scale**2)
+        need = 6 * h * w * widest * bytes_per_value
+        free = psutil.virtual_memory().available
+        if need > free:
+            raise InputError(f"{what} {h}x{w} needs about {need / 2**30:.1f} GiB for activations but "
+                             f"{free / 2**30:.1f} GiB is free; use a smaller size")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -192,6 +192,19 @@ def _first_line(e: BaseException) -> str:
     return text[0][:200] if text else type(e).__name__
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", "")
+
+
+def model_kind(path: Path) -> str:
+    """'onnx', 'tflite' or 'checkpoint' from the file name; InputError for anything else."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".onnx", ".tflite"):
+        return suffix[1:]
+    if suffix in CHECKPOINT_SUFFIXES:
+        return "checkpoint"
+    raise InputError(f"{path}: unknown model type {suffix!r}; expected .pt/.pth, .onnx or .tflite")
+
+
 def open_runner(path: Path, *, threads: int = 1, fused: bool | None = None, dtype: str = "float32",
                 xnnpack: bool = True, load_kwargs: dict | None = None) -> Runner:
     """A runner for any artifact: .onnx, .tflite, or a checkpoint of any layout (see checkpoint.load)."""
@@ -202,13 +215,11 @@ def open_runner(path: Path, *, threads: int = 1, fused: bool | None = None, dtyp
         raise InputError(f"{path}: is a folder; expected a model file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty")
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
+    kind = model_kind(path)
+    if kind == "onnx":
         return OnnxRunner(path, threads=threads)
-    if suffix == ".tflite":
+    if kind == "tflite":
         return TFLiteRunner(path, threads=threads, xnnpack=xnnpack)
-    if suffix in (".pt", ".pth", ".ckpt", ".bin", ".pkl", ""):
-        from .checkpoint import load
+    from .checkpoint import load
 
-        return TorchRunner(load(path, **(load_kwargs or {})), threads=threads, fused=fused, dtype=dtype)
-    raise InputError(f"{path}: unknown model type {suffix!r}; expected .pt/.pth, .onnx or .tflite")
+    return TorchRunner(load(path, **(load_kwargs or {})), threads=threads, fused=fused, dtype=dtype)

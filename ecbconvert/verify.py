@@ -139,6 +139,7 @@ def verify(reference: Runner, candidate: Runner, *, size: tuple[int, int], tol: 
            max_drop: float, eval_dir=None, seed: int = 0) -> Report:
     """Gate candidate against reference: output error for float files, PSNR drop for quantized ones."""
     ensure_compatible(reference, candidate)
+    reference.config.check_memory(*size)
     report = Report(str(reference.path), str(candidate.path), candidate.variant)
     cfg = reference.config
     tol = tol if tol is not None else default_tolerance(candidate.variant, candidate.backend)

@@ -88,6 +88,7 @@ def export_tflite(loaded: Loaded, out: Path, *, quantize: str, io: str, size: tu
         raise UsageError(f"--io {io} needs --quantize int8 (other modes keep float input and output)")
     atomic.check_output_path(out, inputs=(loaded.path,))
     cfg = loaded.config
+    cfg.check_memory(*size)
     layers = deploy_layers(cfg, loaded.fused_state_dict())
     notes: list[str] = []
     patches = None
