@@ -36,6 +36,7 @@ class Loaded:
     sha256: str
     notes: list[str] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)  # e.g. {"qat": {"method": …, "ranges": {…}}}
 
     def build(self, dtype=None):
         """The torch module: ECBSR for trained checkpoints, PlainSR for fused ones."""
@@ -115,12 +116,13 @@ def _flat_tensor_dict(obj, path: Path, where: str) -> dict:
 
 
 def _unwrap(obj, path: Path, params_key: str | None) -> tuple[str, dict, dict | None, dict]:
-    """(layout, raw state_dict, our fused-file config or None, provenance)."""
+    """(layout, raw state_dict, our fused-file config or None, provenance + extras)."""
     if isinstance(obj, dict) and obj.get("format") == FUSED_FORMAT:
         if not isinstance(obj.get("config"), dict):
             raise InputError(f"{path}: ecbconvert file without a 'config' entry; re-run ecbconvert fuse")
+        extras = {"qat": obj["qat"]} if isinstance(obj.get("qat"), dict) else {}
         return "ecbconvert", _flat_tensor_dict(obj.get("state_dict"), path, "'state_dict'"), obj["config"], \
-            dict(obj.get("provenance") or {})
+            {**dict(obj.get("provenance") or {}), "_extras": extras}
     if isinstance(obj, dict) and ("params" in obj or "params_ema" in obj):
         keys = [k for k in ("params_ema", "params") if k in obj]
         if params_key is None:
@@ -249,6 +251,7 @@ def load(
     path = Path(path)
     obj = _torch_load(path)
     layout, sd, own_cfg, provenance = _unwrap(obj, path, params_key)
+    extras = provenance.pop("_extras", {})
     sd, legacy = _normalise_keys(sd, path)
     if legacy:
         layout = "legacy"
@@ -302,10 +305,10 @@ def load(
     cfg = ModelConfig.from_dict(base)
     _check_keys_and_shapes(sd, cfg, path, fused)
     _check_finite(sd, path)
-    return Loaded(path, layout, fused, cfg, sd, sha256_of(path), notes, provenance)
+    return Loaded(path, layout, fused, cfg, sd, sha256_of(path), notes, provenance, extras)
 
 
-def fused_payload(cfg: ModelConfig, plain_sd: dict, *, source: Loaded | None) -> dict:
+def fused_payload(cfg: ModelConfig, plain_sd: dict, *, source: Loaded | None, extras: dict | None = None) -> dict:
     import torch
 
     prov = {"tool": "ecbconvert", "tool_version": __version__}
@@ -317,6 +320,7 @@ def fused_payload(cfg: ModelConfig, plain_sd: dict, *, source: Loaded | None) ->
         "config": cfg.to_dict(),
         "state_dict": {k: v.detach().to(torch.float32).contiguous() for k, v in plain_sd.items()},
         "provenance": prov,
+        **(extras or {}),
     }
 
 
@@ -326,9 +330,10 @@ def _torch_save(obj, path: Path) -> None:
     atomic.write_with(path, lambda tmp: torch.save(obj, tmp))
 
 
-def save_fused(path: Path, cfg: ModelConfig, plain_sd: dict, *, source: Loaded | None, layout: str = "ecbconvert") -> None:
+def save_fused(path: Path, cfg: ModelConfig, plain_sd: dict, *, source: Loaded | None, layout: str = "ecbconvert",
+               extras: dict | None = None) -> None:
     """Write a fused model: our self-describing file, or a bare PlainSR state_dict (layout='plain')."""
-    payload = fused_payload(cfg, plain_sd, source=source)
+    payload = fused_payload(cfg, plain_sd, source=source, extras=extras)
     _torch_save(payload["state_dict"] if layout == "plain" else payload, path)
 
 

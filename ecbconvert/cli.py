@@ -319,11 +319,13 @@ def export(model, fmt, quantize, io, calib_dir, calib_count, calib_method, input
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--save-every", type=click.IntRange(1), default=500, show_default=True,
+              help="Write the checkpoint every N iterations (atomically), so an interrupted run keeps one.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Checkpoint to write (paper layout); its YAML config is written beside it.")
 @handle_errors
 def train(scale, module_nums, channel_nums, act, with_idt, colors, value_range, images_dir, iters, patch, batch,
-          seed, threads, output):
+          seed, threads, save_every, output):
     """Train an ECBSR from scratch (the paper's recipe, CPU-friendly, deterministic with --seed)."""
     from .atomic import check_output_path
     from .config import ModelConfig
@@ -338,7 +340,7 @@ def train(scale, module_nums, channel_nums, act, with_idt, colors, value_range, 
             bar.update(1, f"L1 {loss:.3f}")
 
         result = run_train(cfg, out=output, images_dir=images_dir, iters=iters, patch=patch, batch=batch,
-                           seed=seed, threads=threads, on_step=on_step)
+                           seed=seed, threads=threads, save_every=save_every, on_step=on_step)
     if result.interrupted:
         click.echo(f"interrupted after {result.iters_done} iterations; {output} holds the last complete "
                    "checkpoint, if one was saved", err=True)
@@ -397,3 +399,38 @@ def bench(models, threads, input_size, warmup, min_time, runs, no_xnnpack, profi
     write_json(json_path, {"machine": info, "records": [r.to_dict() for r in records]})
     if csv_path is not None:
         write_csv(csv_path, records)
+
+
+@main.command()
+@click.argument("model", type=EXISTING_FILE)
+@click.option("--qat", is_flag=True, required=True, help="Quantization-aware fine-tuning (the only mode).")
+@click.option("--images", "images_dir", type=IMAGE_DIR, default=None, help="Training photographs (default: bundled).")
+@click.option("--calib", "calib_dir", type=IMAGE_DIR, default=None, help="Calibration photographs (default: bundled).")
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "mse"]), default="mse", show_default=True)
+@click.option("--iters", type=click.IntRange(1), default=300, show_default=True)
+@click.option("--lr", type=float, default=2e-5, show_default=True, callback=_positive)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Fused output file (default: MODEL's name with _qat.pt).")
+@loader_options
+@handle_errors
+def finetune(model, qat, images_dir, calib_dir, calib_method, iters, lr, seed, output, **lk):
+    """Fine-tune the fused network with int8 fake quantization, for full-int8 export with less loss."""
+    import torch
+
+    from .atomic import check_output_path
+    from .checkpoint import load, save_fused
+    from .qat import finetune as run_qat
+
+    src = load(model, **load_kwargs(**lk))
+    out = output or src.path.with_name(f"{src.path.stem.removesuffix('_fused')}_qat.pt")
+    check_output_path(out, inputs=(src.path,))
+    plain = src.fused_state_dict(torch.float64)
+    with click.progressbar(length=iters, label="QAT", file=sys.stderr, item_show_func=lambda s: s) as bar:
+        qmodel, result = run_qat(src.config, plain, images_dir=images_dir, calib_dir=calib_dir, iters=iters, lr=lr,
+                                 method=calib_method, seed=seed, on_step=lambda i, loss: bar.update(1, f"L1 {loss:.3f}"))
+    save_fused(out, src.config, qmodel.plain_state_dict(), source=src, extras=qmodel.extras(calib_method))
+    click.echo(f"wrote {out}: {iters} QAT iterations ({calib_method} ranges), L1 under fake quantization "
+               f"{result.first_loss:.3f} → {result.last_loss:.3f}")
+    click.echo(f"next: ecbconvert export {out} --format tflite --quantize int8 --io uint8   (keeps these ranges), then "
+               f"ecbconvert verify {src.path} <file> --max-psnr-drop 0.1")

@@ -94,6 +94,7 @@ def render_fuse(result: FuseResult) -> str:
     t, f = trained_counts(cfg), fused_counts(cfg)
     mp = 1e6 / cfg.scale**2
     worst32 = max((c for c in result.checks if c.stage.startswith("float32")), key=lambda c: c.diff.max_rel)
+    worst32_psnr = min(c.diff.psnr_db for c in result.checks if c.stage.startswith("float32"))
     worst64 = max((c for c in result.checks if c.stage.startswith("float64")), key=lambda c: c.diff.max_rel)
     rows = [
         ["convs per layer", t[0], f[0], ""],
@@ -102,7 +103,7 @@ def render_fuse(result: FuseResult) -> str:
         ["max rel error float64", "", f"{worst64.diff.max_rel:.2e}", f"≤ {FLOAT64_RTOL:g}"],
         ["max rel error float32", "", f"{worst32.diff.max_rel:.2e}", f"≤ {FLOAT32_RTOL:g}"],
         ["max abs error float32", "", f"{worst32.diff.max_abs:.2e}", ""],
-        ["PSNR trained vs fused (f32)", "", f"{fmt_db(min(c.diff.psnr_db for c in result.checks if c.stage.startswith('float32')))} dB", ""],
+        ["PSNR trained vs fused (f32)", "", f"{fmt_db(worst32_psnr)} dB", ""],
     ]
     lines = [f"{result.source.path} ({result.source.layout}): {cfg.name}, with_idt={cfg.with_idt}, "
              f"value range {cfg.value_range:g}"]

@@ -125,15 +125,50 @@ def choose_range(hist: np.ndarray, lo: float, hi: float, method: str) -> tuple[f
     raise ValueError(f"unknown calibration method {method!r}")
 
 
-def set_ranges(calibrated: bytes, patches: list[np.ndarray], *, method: str, value_range: float) -> bytes:
-    """The calibrated model with I/O pinned to [0, value_range] and activations ranged by method."""
+def graph_names(calibrated: bytes) -> dict[int, str]:
+    """{tensor index: name} in the QAT graph's terms ('{layer}.conv', '.ay', '.relu', '.sum', …).
+
+    Walks the operators of the int8-bound float graph that export/tflite.py builds: per layer a
+    CONV_2D, then for PReLU two or three 1x1 DEPTHWISE_CONV_2D and their ADD / SUB.
+    """
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(calibrated, 0)
+    ops = schema.BuiltinOperator
+    names: dict[int, str] = {}
+    layer, dws, combined = -1, 0, 0
+    for op in model.subgraphs[0].operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        kind = max(code.builtinCode, code.deprecatedBuiltinCode)
+        out = int(op.outputs[0])
+        if kind == ops.CONV_2D:
+            layer, dws, combined = layer + 1, 0, 0
+            names[out] = f"{layer}.conv"
+        elif kind == ops.DEPTHWISE_CONV_2D:
+            names[out] = f"{layer}." + ("ay", "relu", "relu_neg")[min(dws, 2)]
+            dws += 1
+        elif kind in (ops.ADD, ops.SUB) and dws and combined < dws - 1:
+            names[out] = f"{layer}." + ("sum" if combined == 0 else "sub")
+            combined += 1
+    return names
+
+
+def set_ranges(calibrated: bytes, patches: list[np.ndarray], *, method: str, value_range: float,
+               fixed: dict[str, tuple[float, float]] | None = None) -> bytes:
+    """The calibrated model with I/O pinned to [0, value_range] and activations ranged by method.
+
+    fixed: ranges by graph name (from QAT), used as they are for the tensors they name.
+    """
     bounds = calibrated_ranges(calibrated)
     inputs, outputs = io_tensors(calibrated)
     chosen: dict[int, tuple[float, float]] = {}
+    if fixed:
+        names = graph_names(calibrated)
+        chosen = {i: tuple(fixed[n]) for i, n in names.items() if n in fixed}
+        bounds = {i: r for i, r in bounds.items() if i not in chosen}
     if method != "minmax":
         inner = {i: r for i, r in bounds.items() if i not in inputs and i not in outputs}
         hists = histograms(calibrated, patches, inner)
-        chosen = {i: choose_range(hists[i], *inner[i], method) for i in inner}
+        chosen.update({i: choose_range(hists[i], *inner[i], method) for i in inner})
     for i in inputs + outputs + _depth_to_space_inputs(calibrated, outputs):
         chosen[i] = (0.0, float(value_range))
     return with_ranges(calibrated, chosen)

@@ -107,10 +107,14 @@ def export_tflite(loaded: Loaded, out: Path, *, quantize: str, io: str, size: tu
         finally:
             if bar is not None:
                 bar.__exit__(None, None, None)
-        if quantize == "int8":
-            notes.append(f"activation ranges: {calib_method} over {calib_count} calibration patches")
+    fixed = loaded.extras.get("qat", {}).get("ranges") if quantize == "int8" else None
+    if fixed:
+        notes.append(f"activation ranges: kept from quantization-aware fine-tuning ({len(fixed)} tensors); "
+                     "the rest by calibration")
+    elif quantize == "int8":
+        notes.append(f"activation ranges: {calib_method} over {calib_count} calibration patches")
     data = convert(cfg, layers, quantize=quantize, io=io, size=size, calib=patches, calib_method=calib_method,
-                   meta=_provenance(loaded))
+                   fixed_ranges=fixed, meta=_provenance(loaded))
     atomic.write_bytes(out, data)
     report = None
     if check:

@@ -100,6 +100,7 @@ def convert(
     size: tuple[int, int] = DEFAULT_SIZE,
     calib: list[np.ndarray] | None = None,
     calib_method: str = "minmax",
+    fixed_ranges: dict | None = None,
     meta: dict | None = None,
 ) -> bytes:
     """Convert to .tflite bytes. calib: NHWC float32 LR patches at `size` (int8 / int16x8)."""
@@ -125,7 +126,8 @@ def convert(
     if quantize == "int8":
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter._experimental_calibrate_only = True  # noqa: SLF001 - the documented two-step path
-        calibrated = quant.set_ranges(converter.convert(), calib, method=calib_method, value_range=cfg.value_range)
+        calibrated = quant.set_ranges(converter.convert(), calib, method=calib_method, value_range=cfg.value_range,
+                                      fixed=fixed_ranges)
         data = quant.quantize_calibrated(calibrated, io)
     else:
         if quantize == "int16x8":  # DEPTH_TO_SPACE has no int16 kernel: it falls back to float
