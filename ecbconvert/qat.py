@@ -116,7 +116,7 @@ class QATPlain(nn.Module):
 
     def plain_state_dict(self) -> dict:
         sd = {}
-        for d, (w, b) in enumerate(zip(self.weights, self.biases)):
+        for d, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             sd[f"backbone.{d}.conv3x3.weight"] = w.detach().clone()
             sd[f"backbone.{d}.conv3x3.bias"] = b.detach().clone()
         for d, a in enumerate(self.alphas):
