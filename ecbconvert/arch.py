@@ -123,17 +123,19 @@ def residual(x: torch.Tensor, scale: int) -> torch.Tensor:
     return torch.repeat_interleave(x, scale * scale, dim=1)
 
 
+def layer_plan(cfg: ModelConfig) -> list[tuple[int, int, str]]:
+    """(in, out, activation) of each backbone layer: the last one is always linear."""
+    layers = cfg.layer_channels
+    return [(i, o, cfg.act_type if d < len(layers) - 1 else "linear") for d, (i, o) in enumerate(layers)]
+
+
 class ECBSR(nn.Module):
     """The training graph: backbone of ECBs, image-space residual, PixelShuffle."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        layers = cfg.layer_channels
-        acts = [cfg.act_type] * (len(layers) - 1) + ["linear"]
-        self.backbone = nn.Sequential(*[
-            ECB(i, o, cfg.depth_multiplier, act, cfg.with_idt) for (i, o), act in zip(layers, acts, strict=False)
-        ])
+        self.backbone = nn.Sequential(*[ECB(i, o, cfg.depth_multiplier, act, cfg.with_idt) for i, o, act in layer_plan(cfg)])
         self.upsampler = nn.PixelShuffle(cfg.scale)
 
     def forward(self, x: torch.Tensor, *, fused: bool = False) -> torch.Tensor:
@@ -164,9 +166,7 @@ class PlainSR(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        layers = cfg.layer_channels
-        acts = [cfg.act_type] * (len(layers) - 1) + ["linear"]
-        self.backbone = nn.Sequential(*[Conv3X3(i, o, a) for (i, o), a in zip(layers, acts, strict=False)])
+        self.backbone = nn.Sequential(*[Conv3X3(i, o, act) for i, o, act in layer_plan(cfg)])
         self.upsampler = nn.PixelShuffle(cfg.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +178,7 @@ def fuse(model: ECBSR) -> PlainSR:
     ref = next(model.parameters())
     plain = PlainSR(model.cfg).to(dtype=ref.dtype)
     with torch.no_grad():
-        for block, layer in zip(model.backbone, plain.backbone, strict=False):
+        for block, layer in zip(model.backbone, plain.backbone, strict=True):
             weight, bias = block.fused()
             layer.conv3x3.weight.copy_(weight)
             layer.conv3x3.bias.copy_(bias)
