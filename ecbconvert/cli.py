@@ -78,8 +78,10 @@ def handle_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so temporary files are removed.
+        # SIGINT and SIGTERM (Ctrl-C, a CI timeout, `kill`) unwind as KeyboardInterrupt, so temporary
+        # files are removed: installed explicitly, since a parent may have left SIGINT ignored.
         signal.signal(signal.SIGTERM, _raise_interrupt)
+        signal.signal(signal.SIGINT, _raise_interrupt)
         try:
             return fn(*args, **kwargs)
         except EcbError as e:

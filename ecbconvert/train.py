@@ -91,7 +91,7 @@ def train(
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     sampler = PatchSampler(images_dir, cfg, patch, seed)
-    model = ECBSR(cfg).train()
+    model = ECBSR(cfg).float().train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(iters * 0.6), int(iters * 0.85)], gamma=0.5)
     start, loss_value, done, interrupted = time.perf_counter(), float("nan"), 0, False

@@ -15,7 +15,6 @@ from ecbconvert.config import ModelConfig
 from .conftest import random_model
 
 TOL = 1e-10
-torch.set_default_dtype(torch.float64)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor, region=slice(None)) -> float:
