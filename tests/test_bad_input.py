@@ -202,6 +202,7 @@ COMMANDS = {
     "export-tflite": lambda p, d: ["export", p, "--format", "tflite", "-o", d / "out.tflite"],
     "bench": lambda p, d: ["bench", p, "--json", d / "out.json", "--min-time", "0.01"],
     "eval": lambda p, d: ["eval", p, "--json", d / "out.json"],
+    "finetune": lambda p, d: ["finetune", p, "--qat", "--iters", "1", "-o", d / "out.pt"],
 }
 
 

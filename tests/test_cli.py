@@ -29,7 +29,7 @@ def test_help_imports_neither_torch_nor_tensorflow():
 
 
 def test_every_subcommand_help_is_light():
-    for cmd in ("fuse", "verify", "info", "export", "bench", "eval", "train"):
+    for cmd in ("fuse", "verify", "info", "export", "bench", "eval", "train", "finetune"):
         code = (f"import sys; from ecbconvert.cli import main\ntry:\n    main(['{cmd}', '--help'])\n"
                 "except SystemExit:\n    pass\nprint('TORCH' if 'torch' in sys.modules else 'LIGHT')")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

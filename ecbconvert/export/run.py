@@ -78,7 +78,7 @@ def export_onnx(loaded: Loaded, out: Path, *, opset: int, input_size: tuple[int,
 
 
 def export_tflite(loaded: Loaded, out: Path, *, quantize: str, io: str, size: tuple[int, int],
-                  calib_dir: Path | None = None, calib_count: int = 64, calib_method: str = "minmax",
+                  calib_dir: Path | None = None, calib_count: int = 64, calib_method: str = "mse",
                   check: bool = True, max_drop: float = 0.3, eval_dir=None,
                   progress: Callable[[int], object] | None = None, tol=None) -> ExportResult:
     from .. import calib

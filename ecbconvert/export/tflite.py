@@ -99,7 +99,7 @@ def convert(
     io: str = "float",
     size: tuple[int, int] = DEFAULT_SIZE,
     calib: list[np.ndarray] | None = None,
-    calib_method: str = "minmax",
+    calib_method: str = "mse",
     fixed_ranges: dict | None = None,
     meta: dict | None = None,
 ) -> bytes:
