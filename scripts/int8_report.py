@@ -22,6 +22,7 @@ def main() -> int:
     ap.add_argument("--methods", default="minmax,percentile,mse")
     ap.add_argument("--int16", action="store_true", help="also int16x8 (slow to run: reference kernels)")
     ap.add_argument("--min-time", type=float, default=2.0)
+    ap.add_argument("--qat-iters", type=int, default=0, help="also QAT (finetune --qat) with this many iterations")
     args = ap.parse_args()
 
     from ecbconvert import images
@@ -46,6 +47,21 @@ def main() -> int:
             path = args.out / f"{stem}_{name.replace(' ', '_')}.tflite"
             export_tflite(loaded, path, size=(270, 480), check=False, **kw)
             files.append((name, path))
+        if args.qat_iters:
+            import time
+
+            from ecbconvert.checkpoint import save_fused
+            from ecbconvert.qat import finetune
+
+            t0 = time.perf_counter()
+            qmodel, _ = finetune(loaded.config, loaded.fused_state_dict(), iters=args.qat_iters, method="mse")
+            qat_path = args.out / f"{stem}_qat.pt"
+            save_fused(qat_path, loaded.config, qmodel.plain_state_dict(), source=loaded, extras=qmodel.extras("mse"))
+            print(f"{stem}: QAT {args.qat_iters} iterations in {time.perf_counter() - t0:.0f} s; fp32 of the QAT model: "
+                  f"{evaluate(open_runner(qat_path), pairs).psnr:.3f} dB", flush=True)
+            path = args.out / f"{stem}_int8_qat.tflite"
+            export_tflite(load(qat_path), path, size=(270, 480), check=False, quantize="int8", io="uint8")
+            files.append((f"int8 QAT ({args.qat_iters} it)", path))
         ref_psnr = evaluate(open_runner(ck), pairs).psnr
         recs = {r.model: r for r in run_bench([p for _, p in files], threads=[1], size=(270, 480),
                                                min_time=args.min_time)}
