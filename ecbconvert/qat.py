@@ -41,8 +41,11 @@ def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
 
 class QATPlain(nn.Module):
     def __init__(self, cfg: ModelConfig, plain_sd: dict):
+        from .export.deploy import slopes_at_most_one
+
         super().__init__()
         self.cfg = cfg
+        plain_sd = slopes_at_most_one(cfg, plain_sd)  # the form int8 export writes: every α ≤ 1
         n = cfg.module_nums + 2
         self.weights = nn.ParameterList([nn.Parameter(plain_sd[f"backbone.{d}.conv3x3.weight"].float().clone())
                                          for d in range(n)])
@@ -50,8 +53,6 @@ class QATPlain(nn.Module):
                                         for d in range(n)])
         self.alphas = nn.ParameterList([nn.Parameter(plain_sd[f"backbone.{d}.act.weight"].float().clone())
                                         for d in range(n - 1)] if cfg.act_type == "prelu" else [])
-        # Layers with some α > 1 carry the mirrored PReLU term; fixed here so the graph keeps its shape.
-        self.neg_layers = {d for d, a in enumerate(self.alphas) if bool((a > 1).any())}
         self.ranges: dict[str, tuple[float, float]] = {}
         self._record: dict[str, list[torch.Tensor]] | None = None
 
@@ -74,14 +75,10 @@ class QATPlain(nn.Module):
             last = d == n - 1
             if not last and cfg.act_type == "prelu":
                 y = self._q(f"{d}.conv", y, quant)
-                a = self.alphas[d].view(1, -1, 1, 1)
-                beta = 1.0 - a
+                a = self.alphas[d].view(1, -1, 1, 1)  # every α ≤ 1 here (slopes_at_most_one)
                 t = self._q(f"{d}.ay", a * y, quant)
-                pos = self._q(f"{d}.relu", torch.relu(torch.clamp(beta, min=0) * y), quant)
+                pos = self._q(f"{d}.relu", torch.relu((1.0 - a) * y), quant)
                 y = self._q(f"{d}.sum", t + pos, quant)
-                if d in self.neg_layers:  # channels with α > 1: the mirrored term, subtracted
-                    neg = self._q(f"{d}.relu_neg", torch.relu(torch.clamp(-beta, min=0) * y), quant)
-                    y = self._q(f"{d}.sub", y - neg, quant)
             elif not last and cfg.act_type in ("relu", "rrelu"):
                 y = self._q(f"{d}.conv", torch.relu(y), quant)
             elif not last and cfg.act_type == "softplus":
@@ -154,10 +151,9 @@ def finetune(cfg: ModelConfig, plain_sd: dict, *, images_dir=None, calib_dir=Non
         loss.backward()
         opt.step()
         sched.step()
-        with torch.no_grad():  # slopes stay on the side of 1 they started on: the int8 graph keeps its shape
-            for d, a in enumerate(model.alphas):
-                if d not in model.neg_layers:
-                    a.clamp_(max=1.0)
+        with torch.no_grad():  # slopes stay ≤ 1: the int8 graph keeps its two-term PReLU form
+            for a in model.alphas:
+                a.clamp_(max=1.0)
         losses.append(loss.item())
         if on_step:
             on_step(step, losses[-1])

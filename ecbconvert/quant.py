@@ -126,29 +126,31 @@ def choose_range(hist: np.ndarray, lo: float, hi: float, method: str) -> tuple[f
 
 
 def graph_names(calibrated: bytes) -> dict[int, str]:
-    """{tensor index: name} in the QAT graph's terms ('{layer}.conv', '.ay', '.relu', '.sum', …).
+    """{tensor index: name} in the QAT graph's terms: '{layer}.conv', '.ay', '.relu', '.sum'.
 
     Walks the operators of the int8-bound float graph that export/tflite.py builds: per layer a
-    CONV_2D, then for PReLU two or three 1x1 DEPTHWISE_CONV_2D and their ADD / SUB.
+    CONV_2D, then for PReLU a 1x1 DEPTHWISE_CONV_2D without activation (α·y), one with a fused
+    RELU ((1-α)·relu(y)), and the ADD of those two. Terms are told apart by their fused
+    activation and data flow, not by their order, which the converter may change.
     """
     schema = _schema()
     model = schema.ModelT.InitFromPackedBuf(calibrated, 0)
     ops = schema.BuiltinOperator
     names: dict[int, str] = {}
-    layer, dws, combined = -1, 0, 0
+    layer, terms = -1, set()
     for op in model.subgraphs[0].operators:
         code = model.operatorCodes[op.opcodeIndex]
         kind = max(code.builtinCode, code.deprecatedBuiltinCode)
         out = int(op.outputs[0])
         if kind == ops.CONV_2D:
-            layer, dws, combined = layer + 1, 0, 0
+            layer, terms = layer + 1, set()
             names[out] = f"{layer}.conv"
         elif kind == ops.DEPTHWISE_CONV_2D:
-            names[out] = f"{layer}." + ("ay", "relu", "relu_neg")[min(dws, 2)]
-            dws += 1
-        elif kind in (ops.ADD, ops.SUB) and dws and combined < dws - 1:
-            names[out] = f"{layer}." + ("sum" if combined == 0 else "sub")
-            combined += 1
+            relu = op.builtinOptions.fusedActivationFunction == schema.ActivationFunctionType.RELU
+            names[out] = f"{layer}.{'relu' if relu else 'ay'}"
+            terms.add(out)
+        elif kind == ops.ADD and terms and set(int(i) for i in op.inputs) <= terms:
+            names[out] = f"{layer}.sum"
     return names
 
 

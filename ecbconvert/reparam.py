@@ -76,3 +76,18 @@ def fold_batchnorm(
     if bias is None:
         bias = torch.zeros_like(running_mean)
     return weight * factor[:, None, None, None], beta + (bias - running_mean) * factor
+
+
+def prelu_slopes_at_most_one(w: Tensor, b: Tensor, alpha: Tensor, w_next: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """An equivalent (conv, PReLU, next conv) whose PReLU slopes are all ≤ 1.
+
+    For a channel with α > 1: PReLU_α(y) = -α · PReLU_{1/α}(-y). So negate the channel's conv
+    row and bias, use slope 1/α, and fold the factor -α into the next conv's input column.
+    Exact in real arithmetic; int8 export uses it so that PReLU is always the two-term form
+    α·y + (1-α)·relu(y) with 1-α ≥ 0.
+    """
+    flip = alpha > 1
+    sign = torch.where(flip, -torch.ones_like(alpha), torch.ones_like(alpha))
+    new_alpha = torch.where(flip, 1.0 / alpha, alpha)
+    col = torch.where(flip, -alpha, torch.ones_like(alpha))
+    return w * sign[:, None, None, None], b * sign, new_alpha, w_next * col[None, :, None, None]

@@ -64,7 +64,9 @@ def test_fake_quant_grid():
 def test_fake_quant_graph_matches_the_int8_file(tmp_path):
     """The training graph and the deployed graph agree to within one quantization step."""
     src = load(SAMPLE)
-    model, _ = finetune(src.config, src.fused_state_dict(), iters=2, calib_count=4, method="minmax")
+    plain = src.fused_state_dict()
+    plain["backbone.1.act.weight"][:2] = torch.tensor([1.7, 2.5], dtype=plain["backbone.1.act.weight"].dtype)  # α > 1 too
+    model, _ = finetune(src.config, plain, iters=2, calib_count=4, method="minmax")
     save_fused(tmp_path / "q.pt", src.config, model.plain_state_dict(), source=src, extras=model.extras("minmax"))
     res = export_tflite(load(tmp_path / "q.pt"), tmp_path / "q.tflite", quantize="int8", io="uint8",
                         size=(32, 40), calib_count=4, check=False)

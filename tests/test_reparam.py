@@ -214,3 +214,22 @@ def test_fuse_returns_new_module_and_leaves_model_untouched():
     assert plain is not model
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+def test_prelu_slopes_at_most_one_keeps_the_function():
+    conv1 = torch.nn.Conv2d(3, 5, 3, padding=1).double()
+    conv2 = torch.nn.Conv2d(5, 2, 3, padding=1).double()
+    alpha = torch.tensor([0.2, 1.5, -0.3, 3.0, 1.0], dtype=torch.float64)
+    x = rand(2, 3, 6, 7)
+
+    def net(w1, b1, a, w2):
+        y = F.conv2d(x, w1, b1, padding=1)
+        return F.conv2d(F.prelu(y, a), w2, conv2.bias, padding=1)
+
+    with torch.no_grad():
+        ref = net(conv1.weight, conv1.bias, alpha, conv2.weight)
+        w1, b1, a, w2 = reparam.prelu_slopes_at_most_one(conv1.weight, conv1.bias, alpha, conv2.weight)
+        got = net(w1, b1, a, w2)
+    assert float(a.max()) <= 1.0
+    ring, inner = border_interior(got, ref)
+    assert ring <= TOL and inner <= TOL

@@ -30,6 +30,22 @@ def dcr_permutation(colors: int, scale: int) -> np.ndarray:
     return np.array([c * s2 + k for k in range(s2) for c in range(colors)])
 
 
+def slopes_at_most_one(cfg: ModelConfig, plain_sd: dict) -> dict:
+    """plain_sd rewritten so that every PReLU slope is ≤ 1 (same function; reparam rule)."""
+    from ..reparam import prelu_slopes_at_most_one
+
+    if cfg.act_type != "prelu":
+        return plain_sd
+    sd = dict(plain_sd)
+    for d in range(cfg.module_nums + 1):
+        key = f"backbone.{d}"
+        nxt = f"backbone.{d + 1}.conv3x3.weight"
+        w, b, a, wn = prelu_slopes_at_most_one(sd[f"{key}.conv3x3.weight"], sd[f"{key}.conv3x3.bias"],
+                                               sd[f"{key}.act.weight"], sd[nxt])
+        sd[f"{key}.conv3x3.weight"], sd[f"{key}.conv3x3.bias"], sd[f"{key}.act.weight"], sd[nxt] = w, b, a, wn
+    return sd
+
+
 def deploy_layers(cfg: ModelConfig, plain_sd: dict) -> list[Layer]:
     n = cfg.module_nums + 2
     layers = []

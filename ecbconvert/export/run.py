@@ -13,7 +13,7 @@ from ..checkpoint import Loaded
 from ..errors import InputError, UsageError
 from ..runtimes import OnnxRunner, TFLiteRunner, TorchRunner
 from ..verify import Report, verify
-from .deploy import deploy_layers
+from .deploy import deploy_layers, slopes_at_most_one
 
 CHECK_SIZE = (96, 96)  # LR size of the float checks for files without a fixed size
 
@@ -89,7 +89,10 @@ def export_tflite(loaded: Loaded, out: Path, *, quantize: str, io: str, size: tu
     atomic.check_output_path(out, inputs=(loaded.path,))
     cfg = loaded.config
     cfg.check_memory(*size)
-    layers = deploy_layers(cfg, loaded.fused_state_dict())
+    plain = loaded.fused_state_dict()
+    if quantize in ("int8", "int16x8"):
+        plain = slopes_at_most_one(cfg, plain)  # PReLU as two terms XNNPACK runs in int8 (tflite.py)
+    layers = deploy_layers(cfg, plain)
     notes: list[str] = []
     patches = None
     if quantize in ("int8", "int16x8"):

@@ -38,8 +38,9 @@ def prelu_int8(tf, y, alpha: np.ndarray):
     """PReLU written with ops XNNPACK runs in int8: α·y + (1-α)·relu(y), exactly.
 
     Each term is a 1x1 depthwise conv (per-channel int8 weights); relu((1-α)·y) = (1-α)·relu(y)
-    where 1-α ≥ 0, so the relu fuses into the depthwise conv. Channels with α > 1 get the
-    mirrored term, subtracted. XNNPACK takes none of the alternatives in int8 (LiteRT 2.3): not
+    where 1-α ≥ 0, so the relu fuses into the depthwise conv. Export first rewrites the network
+    so that every α ≤ 1 (reparam.prelu_slopes_at_most_one); a channel with α > 1 reaching here
+    anyway gets the mirrored term, subtracted. XNNPACK takes none of the alternatives in int8 (LiteRT 2.3): not
     PRELU, not MAXIMUM (for max(y, α·y)), not MUL by a per-channel constant.
     """
 
