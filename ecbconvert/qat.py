@@ -2,8 +2,8 @@
 
 The torch graph here mirrors, tensor for tensor, the full-int8 TFLite graph that export writes
 (export/tflite.py): input pinned to [0, value_range]; per layer a conv with per-channel
-symmetric int8 weights whose output is quantized; PReLU as α·y + (1-α)·relu(y) with each term
-and the sum quantized; the last conv, the residual add pinned to [0, value_range], then
+symmetric int8 weights whose output is quantized; PReLU as y + relu((α-1)·y) with the term and
+the sum quantized; the last conv, the residual add pinned to [0, value_range], then
 depth-to-space. Activation ranges are set once by the export's calibration method on the same
 calibration patches and kept fixed; the weights (conv kernels, biases, PReLU slopes) learn to
 live on the int8 grid with straight-through gradients, L1 against HR on the training photographs.
@@ -76,9 +76,8 @@ class QATPlain(nn.Module):
             if not last and cfg.act_type == "prelu":
                 y = self._q(f"{d}.conv", y, quant)
                 a = self.alphas[d].view(1, -1, 1, 1)  # every α ≤ 1 here (slopes_at_most_one)
-                t = self._q(f"{d}.ay", a * y, quant)
-                pos = self._q(f"{d}.relu", torch.relu((1.0 - a) * y), quant)
-                y = self._q(f"{d}.sum", t + pos, quant)
+                term = self._q(f"{d}.relu", torch.relu((a - 1.0) * y), quant)
+                y = self._q(f"{d}.sum", y + term, quant)
             elif not last and cfg.act_type in ("relu", "rrelu"):
                 y = self._q(f"{d}.conv", torch.relu(y), quant)
             elif not last and cfg.act_type == "softplus":

@@ -126,12 +126,11 @@ def choose_range(hist: np.ndarray, lo: float, hi: float, method: str) -> tuple[f
 
 
 def graph_names(calibrated: bytes) -> dict[int, str]:
-    """{tensor index: name} in the QAT graph's terms: '{layer}.conv', '.ay', '.relu', '.sum'.
+    """{tensor index: name} in the QAT graph's terms: '{layer}.conv', '{layer}.relu', '{layer}.sum'.
 
     Walks the operators of the int8-bound float graph that export/tflite.py builds: per layer a
-    CONV_2D, then for PReLU a 1x1 DEPTHWISE_CONV_2D without activation (α·y), one with a fused
-    RELU ((1-α)·relu(y)), and the ADD of those two. Terms are told apart by their fused
-    activation and data flow, not by their order, which the converter may change.
+    CONV_2D; for PReLU then a 1x1 DEPTHWISE_CONV_2D with a fused RELU and the ADD of the conv
+    output and that term. Tensors are named by op kind and data flow, not by position.
     """
     schema = _schema()
     model = schema.ModelT.InitFromPackedBuf(calibrated, 0)
@@ -143,13 +142,12 @@ def graph_names(calibrated: bytes) -> dict[int, str]:
         kind = max(code.builtinCode, code.deprecatedBuiltinCode)
         out = int(op.outputs[0])
         if kind == ops.CONV_2D:
-            layer, terms = layer + 1, set()
-            names[out] = f"{layer}.conv"
-        elif kind == ops.DEPTHWISE_CONV_2D:
-            relu = op.builtinOptions.fusedActivationFunction == schema.ActivationFunctionType.RELU
-            names[out] = f"{layer}.{'relu' if relu else 'ay'}"
+            layer = layer + 1
+            names[out], terms = f"{layer}.conv", {out}
+        elif kind == ops.DEPTHWISE_CONV_2D and set(int(i) for i in op.inputs[:1]) <= terms:
+            names[out] = f"{layer}.relu"
             terms.add(out)
-        elif kind == ops.ADD and terms and set(int(i) for i in op.inputs) <= terms:
+        elif kind == ops.ADD and len(terms) > 1 and set(int(i) for i in op.inputs) <= terms:
             names[out] = f"{layer}.sum"
     return names
 

@@ -35,26 +35,18 @@ def _tf():
 
 
 def prelu_int8(tf, y, alpha: np.ndarray):
-    """PReLU written with ops XNNPACK runs in int8: α·y + (1-α)·relu(y), exactly.
+    """PReLU written with ops XNNPACK runs in int8: y + relu(-(1-α)·y), exactly, for α ≤ 1.
 
-    Each term is a 1x1 depthwise conv (per-channel int8 weights); relu((1-α)·y) = (1-α)·relu(y)
-    where 1-α ≥ 0, so the relu fuses into the depthwise conv. Export first rewrites the network
-    so that every α ≤ 1 (reparam.prelu_slopes_at_most_one); a channel with α > 1 reaching here
-    anyway gets the mirrored term, subtracted. XNNPACK takes none of the alternatives in int8 (LiteRT 2.3): not
-    PRELU, not MAXIMUM (for max(y, α·y)), not MUL by a per-channel constant.
+    For y ≥ 0 the relu term is 0; for y < 0 it is -(1-α)·y, so the sum is α·y. The term is one
+    1x1 depthwise conv (per-channel int8 weights -(1-α)) with the relu fused into it, then one
+    ADD. Export first rewrites the network so that every α ≤ 1 (reparam.prelu_slopes_at_most_one).
+    XNNPACK takes none of the alternatives in int8 (LiteRT 2.3): not PRELU, not MAXIMUM (for
+    max(y, α·y)), not MUL by a per-channel constant.
     """
-
-    def dw(t, k, act=False):
-        out = tf.nn.depthwise_conv2d(t, tf.constant(k.reshape(1, 1, -1, 1).astype(np.float32)), [1, 1, 1, 1], "VALID")
-        return tf.nn.relu(out) if act else out
-
-    beta = 1.0 - alpha
-    out = dw(y, alpha)
-    if np.any(beta > 0):
-        out = out + dw(y, np.maximum(beta, 0.0), act=True)
-    if np.any(beta < 0):
-        out = out - dw(y, np.maximum(-beta, 0.0), act=True)
-    return out
+    if np.any(alpha > 1):
+        raise ValueError("prelu_int8 needs every slope ≤ 1; apply deploy.slopes_at_most_one first")
+    kernel = tf.constant((alpha - 1.0).reshape(1, 1, -1, 1).astype(np.float32))
+    return y + tf.nn.relu(tf.nn.depthwise_conv2d(y, kernel, [1, 1, 1, 1], "VALID"))
 
 
 def build_tf_function(cfg: ModelConfig, layers: list[Layer], *, size: tuple[int, int], lower_prelu: bool):
