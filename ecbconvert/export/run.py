@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .. import __version__, atomic
 from ..checkpoint import Loaded
-from ..errors import InputError, UsageError
+from ..errors import UsageError
 from ..runtimes import OnnxRunner, TFLiteRunner, TorchRunner
 from ..verify import Report, verify
 from .deploy import deploy_layers, slopes_at_most_one
@@ -139,5 +139,3 @@ def dump_json(path: Path, obj) -> None:
     atomic.check_output_path(path)
     atomic.write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
-
-__all__ = ["ExportResult", "export_onnx", "export_tflite", "default_output", "dump_json", "InputError"]
