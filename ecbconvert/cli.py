@@ -209,7 +209,7 @@ def verify(reference, candidate, atol, rtol, min_psnr, max_psnr_drop, input_size
     kw = load_kwargs(**lk)
     ref = open_runner(reference, dtype="float64", load_kwargs=kw)
     cand = open_runner(candidate, load_kwargs=kw)
-    tol = default_tolerance(cand.variant, cand.backend)
+    tol = default_tolerance(cand.variant)
     if any(v is not None for v in (atol, rtol, min_psnr)):
         base = tol or Tolerance(rtol=None)
         tol = Tolerance(atol=atol if atol is not None else base.atol,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import atomic
@@ -75,13 +75,12 @@ def fuse_checkpoint(path: Path, *, output: Path | None = None, layout: str = "ec
     save_fused(out, src.config, plain_sd, source=src, layout=layout)
 
     result = FuseResult(src, out, layout)
-    reference = TorchRunner(src, threads=torch.get_num_threads(), dtype="float64")
-    fused64 = TorchRunner(src, threads=torch.get_num_threads(), dtype="float64", fused=True)
-    from .arch import build
-
-    # float32: what a user deploys, i.e. the *written* weights, loaded back.
-    fused32 = TorchRunner(src, threads=torch.get_num_threads(), dtype="float32", fused=True)
-    fused32.module = build(src.config, {k: v.float() for k, v in plain_sd.items()}, fused=True, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    reference = TorchRunner(src, threads=threads, dtype="float64")
+    # The fused weights computed once above; float32 rounds them exactly as the written file does.
+    fused = replace(src, fused=True, state_dict=plain_sd)
+    fused64 = TorchRunner(fused, threads=threads, dtype="float64")
+    fused32 = TorchRunner(fused, threads=threads, dtype="float32")
     for size in check_sizes:
         inputs = test_inputs(src.config, size, n_random=1, photo=size == check_sizes[-1])
         result.checks += check_outputs(reference, fused64, inputs, Tolerance(rtol=FLOAT64_RTOL), label="float64 ")

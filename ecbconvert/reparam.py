@@ -84,7 +84,7 @@ def prelu_slopes_at_most_one(w: Tensor, b: Tensor, alpha: Tensor, w_next: Tensor
     For a channel with α > 1: PReLU_α(y) = -α · PReLU_{1/α}(-y). So negate the channel's conv
     row and bias, use slope 1/α, and fold the factor -α into the next conv's input column.
     Exact in real arithmetic; int8 export uses it so that PReLU is always the two-term form
-    α·y + (1-α)·relu(y) with 1-α ≥ 0.
+    y + relu((α-1)·y), which needs α ≤ 1.
     """
     flip = alpha > 1
     sign = torch.where(flip, -torch.ones_like(alpha), torch.ones_like(alpha))

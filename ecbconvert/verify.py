@@ -21,7 +21,7 @@ from .runtimes import Runner
 PHOTO = "chelsea.png"  # the bundled CC0 photograph the float checks always include
 
 
-def default_tolerance(variant: str, backend: str) -> Tolerance | None:
+def default_tolerance(variant: str) -> Tolerance | None:
     """None means: gate on the PSNR drop vs HR instead (quantized files)."""
     if variant in ("trained", "fused"):
         return Tolerance(rtol=1e-5)
@@ -142,7 +142,7 @@ def verify(reference: Runner, candidate: Runner, *, size: tuple[int, int], tol: 
     reference.config.check_memory(*size)
     report = Report(str(reference.path), str(candidate.path), candidate.variant)
     cfg = reference.config
-    tol = tol if tol is not None else default_tolerance(candidate.variant, candidate.backend)
+    tol = tol if tol is not None else default_tolerance(candidate.variant)
     inputs = test_inputs(cfg, size, seed=seed)
     if tol is not None:
         report.checks = check_outputs(reference, candidate, inputs, tol)

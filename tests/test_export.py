@@ -122,7 +122,7 @@ def test_tflite_int8_uint8_io(tmp_path, value_range):
     cfg = ModelConfig(2, 8, 2, value_range=value_range)
     loaded = ckpt(tmp_path, cfg, tame=True)
     res = _tfl(tmp_path, loaded, "int8", io="uint8", max_drop=100.0)
-    # every PReLU as depthwise + depthwise(relu) + add: all of it runs in XNNPACK's int8 kernels
+    # every PReLU as y + depthwise_relu(y): all of it runs in XNNPACK's int8 kernels
     assert "PRELU" not in res.ops and "MAXIMUM" not in res.ops and "MUL" not in res.ops
     assert res.ops.count("CONV_2D") == 4 and res.ops.count("DEPTH_TO_SPACE") == 1
     r = open_runner(res.path)
